@@ -1,0 +1,110 @@
+"""Run every chapter notebook on a fresh kernel and report the seconds each one takes.
+
+    python benchmarks/notebook_times.py                 # print the table
+    python benchmarks/notebook_times.py --update-book   # also write it into appendices/run-times.md
+    python benchmarks/notebook_times.py --save-outputs  # also store the fresh outputs
+
+``--save-outputs`` is how stored outputs are refreshed after a chapter changes (see
+CONTRIBUTING.md): each notebook is executed top to bottom in a new kernel and written back, with no
+per-cell timing metadata, so the diff shows only real changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import torch
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "appendices" / "run-times.md"
+MARK = "<!-- table below is written by benchmarks/notebook_times.py -->"
+#: Allocator settings that keep small-tensor timings from flipping between modes (see STYLE).
+ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+
+
+def notebooks(pattern: str | None = None) -> list[Path]:
+    paths = sorted(
+        p for p in (ROOT / "chapters").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts
+    )
+    return [p for p in paths if pattern is None or re.search(pattern, str(p))]
+
+
+def run(path: Path, save: bool) -> float:
+    """Execute ``path`` in a fresh kernel from its own folder; return wall-clock seconds."""
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=900,
+        kernel_name="python3",
+        record_timing=False,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    start = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - start
+    if save:
+        nbformat.write(nb, path)
+    return seconds
+
+
+def table(rows: list[tuple[str, float]]) -> str:
+    total = sum(s for _, s in rows)
+    lines = ["| notebook | seconds |", "| --- | ---: |"]
+    lines += [f"| `{name}` | {s:.1f} |" for name, s in rows]
+    lines.append(f"| **total** | **{total:.1f}** |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", help="regular expression: run only matching notebooks")
+    parser.add_argument(
+        "--save-outputs", action="store_true", help="write the executed notebooks back"
+    )
+    parser.add_argument(
+        "--update-book",
+        action="store_true",
+        help="write the table into " + str(PAGE.relative_to(ROOT)),
+    )
+    args = parser.parse_args()
+    os.environ.update(ENV)
+    if args.update_book and args.only:
+        parser.error("--update-book needs every notebook; do not combine it with --only")
+
+    rows = []
+    for path in notebooks(args.only):
+        name = str(path.relative_to(ROOT))
+        seconds = run(path, args.save_outputs)
+        rows.append((name, seconds))
+        print(f"{seconds:7.1f} s  {name}", flush=True)
+    if not rows:
+        print("no notebook matched", file=sys.stderr)
+        return 1
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+    report = table(rows)
+    print()
+    print(report)
+    if args.update_book:
+        text = PAGE.read_text(encoding="utf-8")
+        head = text.split(MARK)[0]
+        intro = f"Measured on {machine}, each notebook in a fresh kernel:"
+        PAGE.write_text(f"{head}{MARK}\n\n{intro}\n\n{report}\n", encoding="utf-8")
+        print(f"\nwrote {PAGE.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""Helpers shared by the chapters of *Regularization and Normalization, Executed*.
+
+Every chapter starts with ``nbutils.setup()``. Code that a chapter teaches is written out in that
+chapter; what lives here is what several chapters *use*, and it is unit-tested in ``tests/``.
+"""
+
+from nbutils.data import (
+    Digits,
+    digits_loaders,
+    load_digits_tensors,
+    make_loader,
+    make_toy_regression,
+    stratified_split,
+)
+from nbutils.display import glue, round_sig, show_source
+from nbutils.plotting import COLORS, apply_style, color
+from nbutils.reproducibility import seed_everything, setup
+from nbutils.training import evaluate, train
+
+__all__ = [
+    "COLORS",
+    "Digits",
+    "apply_style",
+    "color",
+    "digits_loaders",
+    "evaluate",
+    "glue",
+    "load_digits_tensors",
+    "make_loader",
+    "make_toy_regression",
+    "round_sig",
+    "seed_everything",
+    "setup",
+    "show_source",
+    "stratified_split",
+    "train",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,54 @@
+"""Showing things in a notebook: real source code, and numbers glued into the prose."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from numbers import Integral, Real
+
+from IPython.display import Code
+
+
+def show_source(obj: object) -> Code:
+    """Display the source of a function, class or module from ``nbutils`` (or anywhere).
+
+    Chapters use it to show the code they rely on instead of keeping a second copy.
+    """
+    if not (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismodule(obj)):
+        raise TypeError(
+            f"obj must be a function, class or module, got {type(obj).__name__}: {obj!r}"
+        )
+    return Code(inspect.getsource(obj), language="python")
+
+
+def round_sig(value: float, digits: int = 4) -> float:
+    """Round ``value`` to ``digits`` significant digits (0 and non-finite values pass through)."""
+    if isinstance(digits, bool) or not isinstance(digits, int) or digits < 1:
+        raise ValueError(f"digits must be an int >= 1, got {digits!r}")
+    value = float(value)
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+
+
+def glue(name: str, value: object, digits: int = 4) -> None:
+    """Glue ``value`` under ``name`` for ``{glue:text}`name``` in the prose, without display.
+
+    Real numbers are rounded to ``digits`` significant digits first, so the stored output
+    (which nbval compares) does not depend on the last bits of a floating-point result.
+    Nothing is returned, so a ``glue`` call at the end of a cell prints nothing.
+    """
+    from myst_nb import glue as _glue
+
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"name must be an identifier-like string, got {name!r}")
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, Integral):
+        value = int(value)
+    elif isinstance(value, Real):
+        value = round_sig(float(value), digits)
+    elif hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # 0-d tensor or array
+        item = value.item()
+        value = item if isinstance(item, (bool, int)) else round_sig(float(item), digits)
+    _glue(name, value, display=False)

@@ -1,0 +1,206 @@
+"""Open every page of the built book in headless Chromium, from disk, with no network.
+
+For each page: the math is typeset by the local copy of MathJax without errors, every image
+loaded, and the page requested nothing from outside the built site.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+INSTALL_HINT = (
+    "Install Debian's Chromium and its driver: `apt-get install chromium chromium-driver` "
+    "(Debian/Ubuntu), or run .ci/run."
+)
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--window-size=1280,1600",
+    # No host name resolves: a request that escapes the site fails (and the log still shows it).
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+)
+#: URL schemes that never leave the page.
+LOCAL_SCHEMES = ("data:", "blob:", "about:")
+#: The folder of the built site holding the local copy of MathJax (see _ext/local_mathjax.py).
+MATHJAX_DIR = "_mathjax"
+TIMEOUT_S = 60
+
+# Waits for the initial typesetting of MathJax 3 (the `startup.promise`) and reports what it found.
+MATHJAX_JS = """
+const done = arguments[arguments.length - 1];
+const mj = window.MathJax;
+const script = [...document.scripts].find((s) => /mathjax/i.test(s.src));
+const base = {script: script ? script.src : null};
+if (!(mj && mj.startup && mj.startup.promise)) {
+    done({...base, loaded: false});
+    return;
+}
+mj.startup.promise.then(
+    () => done({...base, loaded: true, version: mj.version}),
+    (err) => done({...base, loaded: true, version: mj.version, error: String(err)}),
+);
+"""
+# Sphinx wraps inline math in span.math and display math in div.math; MathJax puts an
+# mjx-container in each. A TeX error becomes an merror node (data-mjx-error holds the message).
+MATH_JS = """
+const snippet = (el) => el.textContent.trim().replace(/\\s+/g, " ").slice(0, 100);
+const math = [...document.querySelectorAll("span.math, div.math")];
+const errors = [...document.querySelectorAll("mjx-container")].flatMap((box) => {
+    const error = box.querySelector("[data-mjx-error], mjx-merror, merror");
+    if (!error) return [];
+    const source = box.querySelector("mjx-assistive-mml merror") || error;
+    return [`${error.getAttribute("data-mjx-error") || "error"} in ${snippet(source)}`];
+});
+return {
+    count: math.length,
+    untypeset: math.filter((el) => !el.querySelector("mjx-container")).map(snippet),
+    errors: errors,
+};
+"""
+# Loads lazy images too, waits until every image has loaded or failed, and lists broken ones.
+IMAGES_JS = """
+const done = arguments[arguments.length - 1];
+const images = [...document.images];
+images.forEach((img) => { img.loading = "eager"; });
+Promise.all(images.map((img) => img.complete ? null : new Promise((resolve) => {
+    img.addEventListener("load", resolve);
+    img.addEventListener("error", resolve);
+}))).then(() => done({
+    count: images.length,
+    broken: images.filter((img) => !(img.complete && img.naturalWidth > 0))
+        .map((img) => img.currentSrc || img.src || img.outerHTML.slice(0, 120)),
+}));
+"""
+
+
+def _executable(name: str) -> str | None:
+    """Return the path of `name`: $CHROMIUM / $CHROMEDRIVER if set, else from PATH or /usr/bin."""
+    override = os.environ.get(name.upper())
+    if override:
+        return shutil.which(override)
+    return shutil.which(name) or shutil.which(name, path="/usr/bin")
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
+    """Headless Chromium, logging every network request of the pages it opens."""
+    chromium, chromedriver = _executable("chromium"), _executable("chromedriver")
+    if chromium is None or chromedriver is None:
+        missing = " and ".join(
+            name
+            for name, path in (("chromium", chromium), ("chromedriver", chromedriver))
+            if path is None
+        )
+        message = f"{missing} not found. {INSTALL_HINT}"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set, so the browser test may not be skipped: {message}")
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    # An explicit driver path: Selenium Manager (which may download drivers) is never used.
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    driver.set_script_timeout(TIMEOUT_S)
+    driver.set_page_load_timeout(TIMEOUT_S)
+    # Leave Chromium's start page (its new-tab page tries to reach the internet) before any test.
+    driver.get("about:blank")
+    _network_events(driver)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _network_events(driver: webdriver.Chrome) -> list[dict[str, Any]]:
+    """Return (and drain) the DevTools Network.* events logged since the last call."""
+    events = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"].startswith("Network."):
+            events.append(message)
+    return events
+
+
+def _outside_site(url: str, site: Path) -> str | None:
+    """Why `url` is not a request for a file inside the built site, or None if it is."""
+    if url.startswith(LOCAL_SCHEMES):
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        return "outside the site"
+    path = Path(unquote(parsed.path)).resolve()
+    if not path.is_relative_to(site):
+        return "a file outside the built site"
+    if not path.is_file():
+        return "a missing file"
+    return None
+
+
+def test_page_renders_offline(browser: webdriver.Chrome, book_html: Path, book_page: str) -> None:
+    site = book_html.resolve()
+    page = site / f"{book_page}.html"
+    assert page.is_file(), f"{book_page}: {page} was not built"
+    _network_events(browser)  # drop whatever the previous page left in the log
+
+    browser.get(page.as_uri())
+    mathjax = browser.execute_async_script(MATHJAX_JS)
+    math = browser.execute_script(MATH_JS)
+    images = browser.execute_async_script(IMAGES_JS)
+    browser.get("about:blank")  # stop the page, so all of its requests are in the log
+    events = _network_events(browser)
+
+    problems: list[str] = []
+    # (a) Math: MathJax loaded from the local copy and typeset every formula without error.
+    if math["count"]:
+        local_mathjax = (site / MATHJAX_DIR).as_uri() + "/"
+        if not mathjax["loaded"]:
+            problems.append(f"MathJax did not load (script {mathjax['script']})")
+        elif not (mathjax["script"] or "").startswith(local_mathjax):
+            problems.append(f"MathJax was loaded from {mathjax['script']}, not {local_mathjax}")
+        elif not str(mathjax.get("version", "")).startswith("3."):
+            problems.append(f"MathJax {mathjax.get('version')} is not MathJax 3")
+        if mathjax.get("error"):
+            problems.append(f"MathJax typesetting failed: {mathjax['error']}")
+        problems += [f"math not typeset: {tex}" for tex in math["untypeset"]]
+    problems += [f"TeX error: {error}" for error in math["errors"]]
+    # (b) Images: every <img> loaded.
+    problems += [f"image did not load: {src}" for src in images["broken"]]
+    # (c) Network: only files of the built site were requested, and all of them exist.
+    urls: dict[str, str] = {}  # request id -> URL
+    reported: set[str] = set()
+    for event in events:
+        params = event["params"]
+        if event["method"] == "Network.requestWillBeSent":
+            url = urls[params["requestId"]] = params["request"]["url"]
+            if why := _outside_site(url, site):
+                problems.append(f"requested {why}: {url}")
+                reported.add(url)
+        elif event["method"] == "Network.loadingFailed" and not params.get("canceled"):
+            url = urls.get(params["requestId"], f"request {params['requestId']}")
+            if url not in reported:
+                problems.append(f"failed to load ({params.get('errorText')}): {url}")
+
+    if problems:
+        report = "\n  ".join(problems)
+        pytest.fail(f"{book_page}.html ({page.as_uri()}):\n  {report}", pytrace=False)
