@@ -4,6 +4,7 @@ with the files in the repository."""
 from __future__ import annotations
 
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,74 @@ def test_no_page_outside_the_toc(book_html: Path, site_pages: list[str]) -> None
     }
     unexpected = sorted(built - {*site_pages, "index"})
     assert not unexpected, f"pages built that are not in _toc.yml: {unexpected}"
+
+
+# Attributes through which a page loads something by itself (links a reader clicks are fine).
+RESOURCE_ATTRS = {
+    "script": ("src",),
+    "img": ("src", "srcset"),
+    "source": ("src", "srcset"),
+    "iframe": ("src",),
+    "embed": ("src",),
+    "object": ("data",),
+    "audio": ("src",),
+    "video": ("src", "poster"),
+    "input": ("src",),
+}
+LINK_RESOURCE_RELS = {"stylesheet", "preload", "modulepreload", "prefetch", "icon", "manifest"}
+REMOTE = re.compile(r"^\s*(https?:)?//", re.IGNORECASE)
+CSS_URL = re.compile(r"""url\(\s*(['"]?)(.*?)\1\s*\)|@import\s+(['"])(.*?)\3""", re.IGNORECASE)
+
+
+class _ResourceFinder(HTMLParser):
+    """Collect the URLs a page loads by itself: scripts, styles, images, frames, inline CSS."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {name: value or "" for name, value in attrs}
+        names = RESOURCE_ATTRS.get(tag, ())
+        if tag == "link" and LINK_RESOURCE_RELS & set(values.get("rel", "").lower().split()):
+            names = ("href",)
+        for name in names:
+            if name == "srcset":  # "url 1x, url 2x"
+                self.urls += [part.split()[0] for part in values.get(name, "").split(",") if part]
+            elif values.get(name):
+                self.urls.append(values[name])
+        self.urls += _css_urls(values.get("style", ""))
+        self._in_style = tag == "style"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self.urls += _css_urls(data)
+
+
+def _css_urls(css: str) -> list[str]:
+    return [match[2] or match[4] for match in CSS_URL.finditer(css)]
+
+
+def test_no_remote_resources(book_html: Path) -> None:
+    # The browser test sees what a page requests; this also covers what it would request only
+    # later or elsewhere (lazy images, other browsers), in every HTML and CSS file of the site.
+    remote = []
+    for file in sorted(book_html.rglob("*")):
+        if file.suffix == ".html":
+            finder = _ResourceFinder()
+            finder.feed(file.read_text("utf-8"))
+            urls = finder.urls
+        elif file.suffix == ".css":
+            urls = _css_urls(file.read_text("utf-8"))
+        else:
+            continue
+        remote += [f"{file.relative_to(book_html)}: {url}" for url in urls if REMOTE.match(url)]
+    if remote:
+        pytest.fail("the site loads resources from outside:\n" + "\n".join(remote), pytrace=False)
 
 
 def test_toc_lists_only_existing_files(toc_pages: list[str]) -> None:
