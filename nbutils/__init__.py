@@ -12,7 +12,7 @@ from nbutils.data import (
     make_toy_regression,
     stratified_split,
 )
-from nbutils.display import glue, round_sig, show_source
+from nbutils.display import fmt_err, glue, round_sig, show_source
 from nbutils.plotting import COLORS, apply_style, color
 from nbutils.reproducibility import seed_everything, setup
 from nbutils.training import evaluate, train
@@ -24,6 +24,7 @@ __all__ = [
     "color",
     "digits_loaders",
     "evaluate",
+    "fmt_err",
     "glue",
     "load_digits_tensors",
     "make_loader",

@@ -31,6 +31,22 @@ def round_sig(value: float, digits: int = 4) -> float:
     return round(value, digits - 1 - math.floor(math.log10(abs(value))))
 
 
+def fmt_err(err: float, floor: float = 1e-12) -> str:
+    """Format a discrepancy so that printing it is reproducible across runs.
+
+    Round-off-sized differences (below ``floor``) can change in their last digits from one
+    process to the next (e.g. with the memory alignment that a BLAS kernel sees), so they print
+    as ``"< 1e-12"``; larger values print with two significant digits, e.g. ``"3.2e-05"``.
+    Use ``floor=1e-12`` for float64 round-off and about ``1e-5`` for float32.
+    """
+    if not (isinstance(floor, Real) and floor > 0):
+        raise ValueError(f"floor must be a positive number, got {floor!r}")
+    err = float(err)
+    if math.isnan(err) or err < 0:
+        raise ValueError(f"err must be a non-negative number, got {err!r}")
+    return f"< {floor:.0e}" if err < floor else f"{err:.1e}"
+
+
 def glue(name: str, value: object, digits: int = 4) -> None:
     """Glue ``value`` under ``name`` for ``{glue:text}`name``` in the prose, without display.
 

@@ -76,3 +76,30 @@ def test_colors_are_unique_per_family_and_lookup_errors():
     assert len(set(norms)) == 4
     with pytest.raises(ValueError, match=r"name must be one of .*; got 'batchnorm'"):
         nbutils.color("batchnorm")
+
+
+@pytest.mark.parametrize(
+    ("err", "floor", "expected"),
+    [
+        (1.6e-14, 1e-12, "< 1e-12"),
+        (1.8e-14, 1e-12, "< 1e-12"),
+        (0.0, 1e-12, "< 1e-12"),
+        (3.21e-5, 1e-12, "3.2e-05"),
+        (2e-6, 1e-5, "< 1e-05"),
+    ],
+)
+def test_fmt_err(err, floor, expected):
+    assert nbutils.fmt_err(err, floor) == expected
+
+
+@pytest.mark.parametrize(
+    ("err", "floor", "message"),
+    [
+        (-1.0, 1e-12, "err must be a non-negative number"),
+        (float("nan"), 1e-12, "err must be"),
+        (1.0, 0.0, "floor must be a positive number, got 0.0"),
+    ],
+)
+def test_fmt_err_bad_input(err, floor, message):
+    with pytest.raises(ValueError, match=message):
+        nbutils.fmt_err(err, floor)
