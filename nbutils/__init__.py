@@ -13,13 +13,17 @@ from nbutils.data import (
     stratified_split,
 )
 from nbutils.display import fmt_err, glue, round_sig, show_source
+from nbutils.hooks import InputStats, record_inputs
+from nbutils.models import NORMS, make_cnn, make_mlp, norm_layer
 from nbutils.plotting import COLORS, apply_style, color
 from nbutils.reproducibility import seed_everything, setup
 from nbutils.training import evaluate, train
 
 __all__ = [
     "COLORS",
+    "NORMS",
     "Digits",
+    "InputStats",
     "apply_style",
     "color",
     "digits_loaders",
@@ -27,8 +31,12 @@ __all__ = [
     "fmt_err",
     "glue",
     "load_digits_tensors",
+    "make_cnn",
     "make_loader",
+    "make_mlp",
     "make_toy_regression",
+    "norm_layer",
+    "record_inputs",
     "round_sig",
     "seed_everything",
     "setup",
