@@ -16,6 +16,7 @@ from nbutils.display import fmt_err, glue, round_sig, show_source
 from nbutils.hooks import InputStats, record_inputs
 from nbutils.models import NORMS, make_cnn, make_mlp, norm_layer
 from nbutils.plotting import COLORS, apply_style, color
+from nbutils.recalibration import recalibrate_bn
 from nbutils.reproducibility import seed_everything, setup
 from nbutils.training import evaluate, train
 
@@ -36,6 +37,7 @@ __all__ = [
     "make_mlp",
     "make_toy_regression",
     "norm_layer",
+    "recalibrate_bn",
     "record_inputs",
     "round_sig",
     "seed_everything",
