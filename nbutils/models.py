@@ -25,6 +25,13 @@ def _check_positive_int(name: str, value: object) -> None:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
+def _check_widths(name: str, widths: object, item: str) -> None:
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or not widths:
+        raise ValueError(f"{name} must be a non-empty sequence of widths, got {widths!r}")
+    for width in widths:
+        _check_positive_int(item, width)
+
+
 def _check_p(p: object) -> None:
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
         raise ValueError(f"dropout must be a probability in [0, 1), got {p!r}")
@@ -78,10 +85,7 @@ def make_mlp(
     """
     _check_positive_int("in_features", in_features)
     _check_positive_int("out_features", out_features)
-    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden:
-        raise ValueError(f"hidden must be a non-empty sequence of widths, got {hidden!r}")
-    for width in hidden:
-        _check_positive_int("each hidden width", width)
+    _check_widths("hidden", hidden, "each hidden width")
     _check_choice("norm", norm, ("none", "bn", "ln", "gn"))
     _check_p(dropout)
     layers: list[nn.Module] = []
@@ -115,10 +119,7 @@ def make_cnn(
     """
     _check_positive_int("in_channels", in_channels)
     _check_positive_int("num_classes", num_classes)
-    if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or not channels:
-        raise ValueError(f"channels must be a non-empty sequence of widths, got {channels!r}")
-    for width in channels:
-        _check_positive_int("each channel width", width)
+    _check_widths("channels", channels, "each channel width")
     _check_choice("norm", norm, NORMS)
     _check_p(dropout)
     layers: list[nn.Module] = []
