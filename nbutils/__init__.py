@@ -4,6 +4,7 @@ Every chapter starts with ``nbutils.setup()``. Code that a chapter teaches is wr
 chapter; what lives here is what several chapters *use*, and it is unit-tested in ``tests/``.
 """
 
+from nbutils import stats
 from nbutils.data import (
     Digits,
     digits_loaders,
@@ -18,6 +19,7 @@ from nbutils.models import NORMS, make_cnn, make_mlp, norm_layer
 from nbutils.plotting import COLORS, apply_style, color
 from nbutils.recalibration import recalibrate_bn
 from nbutils.reproducibility import seed_everything, setup
+from nbutils.stacking import StackedModels, stacked_loss
 from nbutils.training import evaluate, train
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "NORMS",
     "Digits",
     "InputStats",
+    "StackedModels",
     "apply_style",
     "color",
     "digits_loaders",
@@ -43,6 +46,8 @@ __all__ = [
     "seed_everything",
     "setup",
     "show_source",
+    "stacked_loss",
+    "stats",
     "stratified_split",
     "train",
 ]

@@ -56,3 +56,17 @@ def test_notebook_template(path):
         assert needle in markdown, f"{path.name}: no {needle} in the text"
     code_text = "".join(source(c) for c in code)
     assert "assert " in code_text and "glue(" in code_text
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_random_stream_derives_from_seed(path):
+    # The parameters cell defines SEED (papermill can override it), the notebook re-seeds from it
+    # right after, and no code cell but the setup cell seeds from a literal number.
+    code = [c for c in cells(path) if c["cell_type"] == "code"]
+    params = source(code[1])
+    assert re.search(r"^SEED\s*=\s*\d+\b", params, re.M), "the parameters cell must define SEED"
+    later = "".join(source(c) for c in code[2:])
+    assert "seed_everything(SEED)" in later, "re-seed with nbutils.seed_everything(SEED)"
+    literal = re.compile(r"(manual_seed\(\s*\d+\s*\)|\bseed\s*=\s*\d+\b|default_rng\(\s*\d+\s*\))")
+    offenders = [m.group(0) for c in code[1:] for m in literal.finditer(source(c))]
+    assert not offenders, f"{path.name}: seeds from literals {offenders}; derive them from SEED"
