@@ -24,17 +24,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nbutils.checks import check_int
 from nbutils.stacking import StackedModels, stacked_loss
 
 __all__ = ["fit_full_batch"]
-
-
-def _check_epochs(epochs: object) -> int:
-    if isinstance(epochs, bool) or not isinstance(epochs, int):
-        raise TypeError(f"epochs must be an int >= 1, got {epochs!r}")
-    if epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs}")
-    return epochs
 
 
 def fit_full_batch(
@@ -63,7 +56,7 @@ def fit_full_batch(
         raise TypeError(f"make_optimizer must be callable, got {type(make_optimizer).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    epochs = _check_epochs(epochs)
+    epochs = check_int("epochs", epochs, 1)
     for name, t in (("x", x), ("y", y)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

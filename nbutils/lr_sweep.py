@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nbutils.checks import check_int
 from nbutils.stacking import StackedModels, stacked_loss
 
 __all__ = ["Sweep", "markdown_table", "sgd_sweep"]
@@ -106,14 +107,6 @@ def _check_pair(name: str, data: object) -> Pair:
     if torch.is_floating_point(y):
         raise ValueError(f"{name}: y must hold integer class labels, got dtype {y.dtype}")
     return x, y
-
-
-def _check_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value}")
-    return value
 
 
 def _check_lrs(lrs: object) -> tuple[float, ...]:
@@ -225,8 +218,8 @@ def sgd_sweep(
     seed_values = _check_seeds(seeds)
     x_tr, y_tr = _check_pair("train", train)
     x_va, y_va = _check_pair("val", val)
-    batch_size = _check_int("batch_size", batch_size)
-    epochs = _check_int("epochs", epochs)
+    batch_size = check_int("batch_size", batch_size)
+    epochs = check_int("epochs", epochs)
     if probe is None:
         probe = x_tr[:256]
     if not isinstance(probe, torch.Tensor) or probe.shape[1:] != x_tr.shape[1:] or not len(probe):

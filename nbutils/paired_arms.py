@@ -21,20 +21,13 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from nbutils.checks import check_int
 from nbutils.stacking import StackedModels, stacked_loss
 from nbutils.stats import mean_ci, paired_diff
 
 __all__ = ["paired_table", "train_full_batch"]
 
 _RESERVED = ("step", "train_loss")
-
-
-def _check_int(name: str, value: object, lowest: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {lowest}, got {value!r}")
-    if value < lowest:
-        raise ValueError(f"{name} must be an int >= {lowest}, got {value}")
-    return int(value)
 
 
 def train_full_batch(
@@ -77,8 +70,8 @@ def train_full_batch(
         )
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    steps = _check_int("steps", steps, 1)
-    eval_every = _check_int("eval_every", eval_every, 1)
+    steps = check_int("steps", steps, 1)
+    eval_every = check_int("eval_every", eval_every, 1)
     if not isinstance(shared_input, bool):
         raise TypeError(f"shared_input must be True or False, got {shared_input!r}")
     k = len(stack)
@@ -160,7 +153,7 @@ def paired_table(
         or not all(isinstance(s, str) and s for s in labels)
     ):
         raise TypeError(f"labels must be a tuple of two non-empty strings, got {labels!r}")
-    digits = _check_int("digits", digits, 0)
+    digits = check_int("digits", digits, 0)
     a_name, b_name = labels
     head = f"| | {a_name} | {b_name} | {b_name} − {a_name} (paired) | t |\n|---|---|---|---|---|\n"
     rows = []

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import torch
 
+from nbutils.checks import check_int
 from nbutils.plotting import apply_style
 
 #: Warnings that come from the notebook machinery rather than from the code a chapter teaches.
@@ -21,17 +22,9 @@ _QUIET = (
 )
 
 
-def _check_int(name: str, value: object, lowest: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {lowest}, got {value!r}")
-    if value < lowest:
-        raise ValueError(f"{name} must be an int >= {lowest}, got {value}")
-    return int(value)
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy's global generator and PyTorch's CPU generator."""
-    seed = _check_int("seed", seed, 0)
+    seed = check_int("seed", seed, 0)
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 (the legacy global generator is what code uses)
     torch.manual_seed(seed)
@@ -47,8 +40,8 @@ def setup(seed: int = 0, threads: int = 1, style: bool = True) -> None:
     * applies the course's matplotlib style (PNG figures at a modest resolution);
     * silences deprecation chatter from libraries, but not warnings that PyTorch layers raise.
     """
-    seed = _check_int("seed", seed, 0)
-    threads = _check_int("threads", threads, 1)
+    seed = check_int("seed", seed, 0)
+    threads = check_int("threads", threads, 1)
     if not isinstance(style, bool):
         raise TypeError(f"style must be True or False, got {style!r}")
 

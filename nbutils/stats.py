@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from scipy import stats as _st
 
+from nbutils.checks import check_int
+
 __all__ = [
     "Estimate",
     "mc_z",
@@ -84,7 +86,7 @@ class Estimate:
 
     def format(self, digits: int = 3, scale: float = 1.0, unit: str = "") -> str:
         """``"mean ± half-width"`` with ``digits`` decimals, e.g. in points with ``scale=100``."""
-        _check_int("digits", digits, 0)
+        check_int("digits", digits, 0)
         m, h = self.mean * scale, self.half_width * scale
         return f"{m:.{digits}f}{unit} ± {h:.{digits}f}{unit}"
 
@@ -93,14 +95,6 @@ class Estimate:
             f"{self.mean:.4g} ± {self.half_width:.2g} "
             f"({100 * self.level:g}% t-interval, n = {self.n}, t = {self.t:.2f})"
         )
-
-
-def _check_int(name: str, value: object, lowest: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {lowest}, got {value!r}")
-    if value < lowest:
-        raise ValueError(f"{name} must be an int >= {lowest}, got {value}")
-    return int(value)
 
 
 def _check_level(level: object) -> float:
