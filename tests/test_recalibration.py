@@ -256,3 +256,25 @@ def test_error_in_a_later_batch_restores_statistics_and_modes():
         recalibrate_bn(model, [data(), torch.zeros(8, 3, dtype=torch.float64)])
     assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))
     assert all(m.training for m in model.modules())
+
+
+def test_one_full_batch_makes_eval_mode_inputs_match_the_stored_statistics_in_every_layer():
+    # With the whole data set as one batch and unbiased=False, the calibration pass normalizes
+    # every layer exactly as eval mode will afterwards (batch statistics = stored ones), so the
+    # eval-mode input of every BN layer, computed by an independent forward pass, has exactly
+    # the stored mean and (biased) variance: deeper layers included, Dropout off.
+    model = dropout_mlp()
+    x = data(200)
+    recalibrate_bn(model, [x], unbiased=False)
+    seen = {}
+    for index in (2, 6):
+        model[index].register_forward_hook(
+            lambda _m, args, _out, i=index: seen.__setitem__(i, args[0].detach())
+        )
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    for index in (2, 6):
+        bn, h = model[index], seen[index]
+        assert torch.allclose(h.mean(dim=0), bn.running_mean, rtol=0, atol=1e-10)
+        assert torch.allclose(h.var(dim=0, correction=0), bn.running_var, rtol=1e-10, atol=0)
