@@ -21,15 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from nbutils.checks import check_int
 from nbutils.stacking import StackedModels, stacked_loss
 
 __all__ = ["bn_eval_inputs", "markdown_table", "train_stacked", "variance_ratios"]
-
-
-def _check_int(name: str, value: object, lowest: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-        raise ValueError(f"{name} must be an int >= {lowest}, got {value!r}")
-    return value
 
 
 def _check_xy(x: object, y: object) -> None:
@@ -75,10 +70,10 @@ def train_stacked(
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
         raise ValueError(f"seeds must be a non-empty sequence of ints >= 0, got {seeds!r}")
     for seed in seeds:
-        _check_int("every seed", seed, 0)
+        check_int("every seed", seed, 0)
     _check_xy(x, y)
-    _check_int("epochs", epochs, 1)
-    _check_int("batch_size", batch_size, 1)
+    check_int("epochs", epochs, 1)
+    check_int("batch_size", batch_size, 1)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ValueError(f"lr must be a number > 0, got {lr!r}")
 

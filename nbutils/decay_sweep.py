@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nbutils.checks import check_int
+
 __all__ = ["DecaySweep", "stack_mlps", "stacked_forward", "train_decay_sweep"]
 
 Layers = list[tuple[torch.Tensor, torch.Tensor]]
@@ -149,14 +151,6 @@ def _check_number(name: str, value: object, low: float, high: float = math.inf) 
     return float(value)
 
 
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {low}, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value}")
-    return value
-
-
 def _check_data(name: str, t: object, shape: tuple[int | None, ...]) -> torch.Tensor:
     # shape: the expected shape, None where any size >= 1 is allowed.
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
@@ -200,8 +194,8 @@ def train_decay_sweep(
     if len(lams) == 0:
         raise ValueError("lams must hold at least one number >= 0, got an empty sequence")
     lams = tuple(_check_number(f"lams[{i}]", lam, 0.0) for i, lam in enumerate(lams))
-    steps = _check_int("steps", steps, 1)
-    eval_every = _check_int("eval_every", eval_every, 1)
+    steps = check_int("steps", steps, 1)
+    eval_every = check_int("eval_every", eval_every, 1)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise TypeError(f"lr must be a number > 0, got {lr!r}")
     if not lr > 0 or not math.isfinite(lr):
