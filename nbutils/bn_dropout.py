@@ -8,7 +8,7 @@
 * :func:`variance_ratios` turns those inputs into the quantity the chapter studies, per BN layer:
   the input variance (``torch.var``) divided by the layer's ``running_var``, averaged over the
   channels, with a standard error from the per-sample influence values.
-* :func:`markdown_table` formats a results table.
+* :func:`markdown_table` (from :mod:`nbutils.display`) formats a results table.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from nbutils.checks import check_int
+from nbutils.display import markdown_table
 from nbutils.stacking import StackedModels, stacked_loss
 
 __all__ = ["bn_eval_inputs", "markdown_table", "train_stacked", "variance_ratios"]
@@ -164,20 +165,3 @@ def variance_ratios(model: nn.Module, x: torch.Tensor) -> list[tuple[float, floa
         influence = ((dev2 - dev2.mean(dim=0)) / r).mean(dim=1)
         result.append((ratio, influence.std().item() / math.sqrt(len(a))))
     return result
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table: ``header`` (column titles) and ``rows`` (one sequence of cells each).
-
-    Cells are converted with ``str``; every row must have as many cells as ``header``.
-    """
-    if isinstance(header, str) or not isinstance(header, Sequence) or not header:
-        raise ValueError(f"header must be a non-empty sequence of column titles, got {header!r}")
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    for i, row in enumerate(rows):
-        if isinstance(row, str) or not isinstance(row, Sequence) or len(row) != len(header):
-            raise ValueError(
-                f"rows[{i}] must be a sequence of {len(header)} cells (one per column), got {row!r}"
-            )
-        lines.append("| " + " | ".join(map(str, row)) + " |")
-    return "\n".join(lines)

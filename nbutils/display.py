@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Iterable, Sequence
 from numbers import Integral, Real
 
 from IPython.display import Code
@@ -68,3 +69,29 @@ def glue(name: str, value: object, digits: int = 4) -> None:
         item = value.item()
         value = item if isinstance(item, (bool, int)) else round_sig(float(item), digits)
     _glue(name, value, display=False)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table: ``header`` names the columns, each row holds one value per column.
+
+    Values are written with ``str``; a ``|`` inside a value is escaped so it cannot split a
+    cell. Display the result with ``IPython.display.Markdown``.
+    """
+    if isinstance(header, (str, bytes)) or not isinstance(header, Sequence) or not header:
+        raise TypeError(f"header must be a non-empty sequence of column names, got {header!r}")
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Iterable):
+        raise TypeError(f"rows must be an iterable of rows, got {type(rows).__name__}")
+
+    def line(values: Sequence[object]) -> str:
+        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+
+    lines = [line(header), "|" + "---|" * len(header)]
+    for i, row in enumerate(rows):
+        if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
+            raise TypeError(f"rows[{i}] must be a sequence of values, got {type(row).__name__}")
+        if len(row) != len(header):
+            raise ValueError(
+                f"rows[{i}] has {len(row)} values, but the header has {len(header)} columns"
+            )
+        lines.append(line(row))
+    return "\n".join(lines)

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nbutils.checks import check_int
+from nbutils.display import markdown_table
 from nbutils.stacking import StackedModels, stacked_loss
 
 __all__ = ["Sweep", "markdown_table", "sgd_sweep"]
@@ -265,29 +266,3 @@ def sgd_sweep(
         dead=dead.reshape(n_lr, n_seed),
         steps_per_epoch=steps_per_epoch,
     )
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """A Markdown table: ``header`` names the columns, each row holds one value per column.
-
-    Values are written with ``str``; a ``|`` inside a value is escaped so it cannot split a
-    cell. Display the result with ``IPython.display.Markdown``.
-    """
-    if isinstance(header, (str, bytes)) or not isinstance(header, Sequence) or not header:
-        raise TypeError(f"header must be a non-empty sequence of column names, got {header!r}")
-    if isinstance(rows, (str, bytes)) or not isinstance(rows, Iterable):
-        raise TypeError(f"rows must be an iterable of rows, got {type(rows).__name__}")
-
-    def line(values: Sequence[object]) -> str:
-        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
-
-    lines = [line(header), "|" + "---|" * len(header)]
-    for i, row in enumerate(rows):
-        if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
-            raise TypeError(f"rows[{i}] must be a sequence of values, got {type(row).__name__}")
-        if len(row) != len(header):
-            raise ValueError(
-                f"rows[{i}] has {len(row)} values, but the header has {len(header)} columns"
-            )
-        lines.append(line(row))
-    return "\n".join(lines)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nbutils.bn_dropout import bn_eval_inputs, markdown_table, train_stacked, variance_ratios
+from nbutils.bn_dropout import bn_eval_inputs, train_stacked, variance_ratios
 
 
 def mlp(dropout: float = 0.0) -> nn.Sequential:
@@ -214,23 +214,3 @@ def test_measurements_reject_bad_input(function, model, x, error, message):
     model = trained_bn_model() if model is None else model
     with pytest.raises(error, match=message):
         function(model, x)
-
-
-def test_markdown_table():
-    text = markdown_table(["a", "b"], [[1, "x"], ("2", 3.5)])
-    assert text == "| a | b |\n|---|---|\n| 1 | x |\n| 2 | 3.5 |"
-    assert markdown_table(["only"], []) == "| only |\n|---|"
-
-
-@pytest.mark.parametrize(
-    ("header", "rows", "message"),
-    [
-        ([], [], "header must be a non-empty sequence"),
-        ("ab", [], "header must be a non-empty sequence"),
-        (["a", "b"], [[1]], r"rows\[0\] must be a sequence of 2 cells"),
-        (["a", "b"], [[1, 2], "xy"], r"rows\[1\] must be a sequence of 2 cells"),
-    ],
-)
-def test_markdown_table_rejects_bad_input(header, rows, message):
-    with pytest.raises(ValueError, match=message):
-        markdown_table(header, rows)
