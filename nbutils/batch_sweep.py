@@ -35,7 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
 from nbutils.checks import check_int
 from nbutils.recalibration import recalibrate_bn
-from nbutils.stats import Estimate, _as_1d, _check_level, mean_ci
+from nbutils.stats import Estimate, _as_1d, _check_level, mean_ci, paired_diff
 
 __all__ = [
     "Ratio",
@@ -466,16 +466,11 @@ def error_ratio(a: object, b: object, level: float = 0.95) -> Ratio:
     """
     level = _check_level(level)
     arr_a, arr_b = _as_1d("a", a), _as_1d("b", b)
-    if len(arr_a) != len(arr_b):
-        raise ValueError(
-            f"a and b must have the same length (one pair per seed), got {len(arr_a)} and "
-            f"{len(arr_b)}"
-        )
     for name, arr in (("a", arr_a), ("b", arr_b)):
         if not (arr > 0).all():
             raise ValueError(
                 f"{name} must hold positive error rates (a run without errors has no ratio; "
                 f"evaluate on more images), got minimum {arr.min()}"
             )
-    est = mean_ci(np.log(arr_a) - np.log(arr_b), level)
+    est = paired_diff(np.log(arr_a), np.log(arr_b), level)  # checks the lengths
     return Ratio(math.exp(est.mean), math.exp(est.lo), math.exp(est.hi), est)
