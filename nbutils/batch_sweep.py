@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
-from nbutils.checks import check_int
+from nbutils.checks import check_int, check_seeds
 from nbutils.recalibration import recalibrate_bn
 from nbutils.stats import Estimate, _as_1d, _check_level, mean_ci, paired_diff
 
@@ -357,11 +357,7 @@ def sweep(
     for name, make in models.items():
         if not callable(make):
             raise TypeError(f"models[{name!r}] must be callable (seed -> model), got {make!r}")
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
-        raise TypeError(f"seeds must be a non-empty list of ints, got {seeds!r}")
-    seeds = [check_int("each seed", s, 0) for s in seeds]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct, got {seeds}")
+    seeds = check_seeds(seeds)
     if not callable(data):
         raise TypeError(f"data must be callable (seed -> 4 tensors), got {type(data).__name__}")
     if before_recalibration is not None and not callable(before_recalibration):

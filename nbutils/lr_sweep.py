@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nbutils.checks import check_int
+from nbutils.checks import check_int, check_seeds
 from nbutils.display import markdown_table
 from nbutils.stacking import StackedModels, stacked_loss
 
@@ -126,22 +126,6 @@ def _check_lrs(lrs: object) -> tuple[float, ...]:
     return tuple(float(lr) for lr in values)
 
 
-def _check_seeds(seeds: object) -> tuple[int, ...]:
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
-        raise TypeError(f"seeds must be a sequence of ints >= 0, got {seeds!r}")
-    values = tuple(seeds)
-    if len(values) < 2:
-        raise ValueError(f"seeds must hold at least 2 seeds (for an interval), got {values}")
-    for s in values:
-        if isinstance(s, bool) or not isinstance(s, int):
-            raise TypeError(f"seeds must be a sequence of ints >= 0, got {s!r} in it")
-        if s < 0:
-            raise ValueError(f"every seed must be an int >= 0, got {s}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"seeds must not repeat, got {values}")
-    return values
-
-
 def _build_all(build: Callable[[int], nn.Module], seeds: Sequence[int]) -> list[nn.Sequential]:
     if not callable(build):
         raise TypeError(f"build must be a callable seed -> nn.Sequential, got {build!r}")
@@ -216,7 +200,7 @@ def sgd_sweep(
     Returns a :class:`Sweep` whose tensors have the leading shape ``(len(lrs), len(seeds))``.
     """
     lr_values = _check_lrs(lrs)
-    seed_values = _check_seeds(seeds)
+    seed_values = tuple(check_seeds(seeds, minimum=2))
     x_tr, y_tr = _check_pair("train", train)
     x_va, y_va = _check_pair("val", val)
     batch_size = check_int("batch_size", batch_size)

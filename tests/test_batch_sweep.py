@@ -293,11 +293,11 @@ def test_sweep_rejects_bad_arguments():
         sweep({}, [0], digits_like, **ok)
     with pytest.raises(TypeError, match=r"models\['bn'\] must be callable"):
         sweep({"bn": 3}, [0], digits_like, **ok)
-    with pytest.raises(TypeError, match="seeds must be a non-empty list"):
+    with pytest.raises(ValueError, match="seeds must be a sequence of at least 1 distinct"):
         sweep(make, [], digits_like, **ok)
-    with pytest.raises(ValueError, match="seeds must be distinct"):
+    with pytest.raises(ValueError, match="got repeated seeds in"):
         sweep(make, [1, 1], digits_like, **ok)
-    with pytest.raises(TypeError, match="each seed must be an int"):
+    with pytest.raises(TypeError, match="each of seeds must be an int"):
         sweep(make, [1.5], digits_like, **ok)
     with pytest.raises(TypeError, match="data must be callable"):
         sweep(make, [0], None, **ok)
