@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from nbutils.checks import check_int
+from nbutils.checks import check_int, check_seeds
 from nbutils.display import markdown_table
+from nbutils.recalibration import bn_layers as _bn_layers
 from nbutils.stacking import StackedModels, stacked_loss
 
 __all__ = ["bn_eval_inputs", "markdown_table", "train_stacked", "variance_ratios"]
@@ -68,10 +68,7 @@ def train_stacked(
     """
     if not callable(make_model):
         raise TypeError(f"make_model must be callable, got {type(make_model).__name__}")
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
-        raise ValueError(f"seeds must be a non-empty sequence of ints >= 0, got {seeds!r}")
-    for seed in seeds:
-        check_int("every seed", seed, 0)
+    seeds = check_seeds(seeds, distinct=False)
     _check_xy(x, y)
     check_int("epochs", epochs, 1)
     check_int("batch_size", batch_size, 1)
@@ -93,19 +90,6 @@ def train_stacked(
             loss.backward()
             optimizer.step()
     return [model.eval() for model in stack.unstack()]
-
-
-def _bn_layers(model: nn.Module) -> dict[str, _BatchNorm]:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    layers = {
-        name: m
-        for name, m in model.named_modules()
-        if isinstance(m, _BatchNorm) and m.track_running_stats
-    }
-    if not layers:
-        raise ValueError("model has no BatchNorm layer with running statistics")
-    return layers
 
 
 def bn_eval_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -278,3 +278,102 @@ def test_one_full_batch_makes_eval_mode_inputs_match_the_stored_statistics_in_ev
         bn, h = model[index], seen[index]
         assert torch.allclose(h.mean(dim=0), bn.running_mean, rtol=0, atol=1e-10)
         assert torch.allclose(h.var(dim=0, correction=0), bn.running_var, rtol=1e-10, atol=0)
+
+
+def test_precise_bn_and_recalibrate_bn_are_one_function():
+    from nbutils.recalibration import precise_bn
+
+    assert precise_bn is recalibrate_bn
+
+
+def test_bn_layers_finds_every_layer_with_running_statistics_in_order():
+    from nbutils.recalibration import bn_layers
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3),
+        nn.BatchNorm2d(2),
+        nn.Sequential(nn.BatchNorm2d(2, track_running_stats=False), nn.BatchNorm2d(2)),
+        nn.Flatten(),
+        nn.LazyLinear(3),
+        nn.BatchNorm1d(3),
+    )
+    assert list(bn_layers(model)) == ["1", "2.1", "5"]
+    with pytest.raises(TypeError, match=r"model must be an nn\.Module, got str"):
+        bn_layers("model")
+    with pytest.raises(ValueError, match="no BatchNorm layer with running statistics"):
+        bn_layers(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
+
+
+def test_pool_batch_moments_equals_the_statistics_of_all_values():
+    from nbutils.recalibration import pool_batch_moments
+
+    gen = torch.Generator().manual_seed(3)
+    chunks = [
+        shift + scale * torch.randn(n, 4, generator=gen, dtype=torch.float64)
+        for n, shift, scale in ((3, -2.0, 0.5), (40, 1.0, 2.0), (1, 7.0, 1.0), (11, 0.0, 3.0))
+    ]
+    counts = [len(c) for c in chunks]
+    means = torch.stack([c.mean(0) for c in chunks])
+    variances = torch.stack([c.var(0, correction=0) for c in chunks])
+    mean, var = pool_batch_moments(counts, means, variances)
+    allv = torch.cat(chunks)
+    assert torch.allclose(mean, allv.mean(0), rtol=0, atol=1e-12)
+    assert torch.allclose(var, allv.var(0, correction=0), rtol=1e-12, atol=0)
+    # equal weights (the mean of the batch statistics) would be far off here
+    assert not torch.allclose(means.mean(0), allv.mean(0), atol=0.1)
+    # counts as a tensor, float32 moments: the result is float64 all the same
+    mean32, _ = pool_batch_moments(torch.tensor(counts), means.float(), variances.float())
+    assert mean32.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    ("counts", "means", "variances", "error", "message"),
+    [
+        ([2, 3], [[0.0], [1.0]], torch.ones(2, 1), TypeError, "means and variances must be"),
+        ([2.0, 3.0], torch.zeros(2, 1), torch.ones(2, 1), TypeError, "counts must be a 1-D"),
+        ([[2, 3]], torch.zeros(2, 1), torch.ones(2, 1), TypeError, "counts must be a 1-D"),
+        ([], torch.zeros(0, 1), torch.ones(0, 1), ValueError, "at least one batch"),
+        ([2, 0], torch.zeros(2, 1), torch.ones(2, 1), ValueError, r"each >= 1, got \[2, 0\]"),
+        ([2, 3], torch.zeros(3, 1), torch.ones(3, 1), ValueError, "with B = 2 batches"),
+        ([2, 3], torch.zeros(2, 1), torch.ones(2, 2), ValueError, "must both have shape"),
+        ([2, 3], torch.zeros(2), torch.ones(2), ValueError, "must both have shape"),
+        ([2, 3], torch.zeros(2, 1), -torch.ones(2, 1), ValueError, "variances must be >= 0"),
+    ],
+)
+def test_pool_batch_moments_rejects_bad_input(counts, means, variances, error, message):
+    from nbutils.recalibration import pool_batch_moments
+
+    with pytest.raises(error, match=message):
+        pool_batch_moments(counts, means, variances)
+
+
+def test_a_layer_that_receives_no_input_is_an_error_and_changes_nothing():
+    class Skips(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            return self.used(x)
+
+    model = Skips()
+    before = [b.clone() for b in model.buffers()]
+    with pytest.raises(ValueError, match=r"layers \['unused'\] received no input"):
+        recalibrate_bn(model, [torch.randn(5, 3)])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))
+
+
+def test_streaming_consumes_one_batch_at_a_time():
+    # A generator that checks the previous batch was already run through the model: the
+    # loader is consumed lazily, never materialized.
+    model = nn.Sequential(nn.BatchNorm1d(2)).double()
+    calls = []
+    model[0].register_forward_pre_hook(lambda _m, _a: calls.append(1))
+
+    def batches():
+        for k in range(4):
+            assert len(calls) == k
+            yield torch.randn(6, 2, dtype=torch.float64)
+
+    recalibrate_bn(model, batches())
+    assert len(calls) == 4 and int(model[0].num_batches_tracked) == 4
