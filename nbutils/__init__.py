@@ -16,8 +16,9 @@ from nbutils.data import (
 from nbutils.display import fmt_err, glue, round_sig, show_source
 from nbutils.hooks import InputStats, record_inputs
 from nbutils.models import NORMS, make_cnn, make_mlp, norm_layer
+from nbutils.param_groups import decay_groups
 from nbutils.plotting import COLORS, apply_style, color
-from nbutils.recalibration import recalibrate_bn
+from nbutils.recalibration import precise_bn, recalibrate_bn
 from nbutils.reproducibility import seed_everything, setup
 from nbutils.stacking import StackedModels, stacked_loss
 from nbutils.training import evaluate, train
@@ -30,6 +31,7 @@ __all__ = [
     "StackedModels",
     "apply_style",
     "color",
+    "decay_groups",
     "digits_loaders",
     "evaluate",
     "fmt_err",
@@ -40,6 +42,7 @@ __all__ = [
     "make_mlp",
     "make_toy_regression",
     "norm_layer",
+    "precise_bn",
     "recalibrate_bn",
     "record_inputs",
     "round_sig",
