@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["check_int", "check_seeds"]
+__all__ = ["check_int", "check_momentum", "check_seeds"]
 
 
 def check_int(name: str, value: object, lowest: int = 1) -> int:
@@ -42,3 +42,16 @@ def check_seeds(
     if distinct and len(set(values)) != len(values):
         raise ValueError(f"{name} must be {allowed}, got repeated seeds in {values}")
     return values
+
+
+def check_momentum(momentum: object, name: str = "momentum") -> float:
+    """Return ``momentum`` as a float if it is a real number in ``(0, 1]``; else raise.
+
+    BatchNorm's convention: the weight of the newest value in a moving average. ``TypeError``
+    for a non-number (``bool`` included), ``ValueError`` for one outside ``(0, 1]``.
+    """
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating)):
+        raise TypeError(f"{name} must be a number in (0, 1], got {momentum!r}")
+    if not 0 < momentum <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1], got {momentum}")
+    return float(momentum)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nbutils.checks import check_int, check_seeds
+from nbutils.checks import check_int, check_momentum, check_seeds
 from nbutils.recalibration import bn_layers, precise_bn
 from nbutils.stacking import StackedModels, stacked_loss
 
@@ -34,14 +34,6 @@ __all__ = [
     "train_tracked",
     "update_bn_variances",
 ]
-
-
-def _check_momentum(momentum: object) -> float:
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-        raise TypeError(f"momentum must be a number in (0, 1], got {momentum!r}")
-    if not 0 < momentum <= 1:
-        raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
-    return float(momentum)
 
 
 def _check_steps(name: str, t: object) -> torch.Tensor:
@@ -61,7 +53,7 @@ def ema(stats: torch.Tensor, momentum: float, init: float | torch.Tensor = 0.0) 
     1). Returns ``(steps, ...)``: the running value after each step, in ``stats``' dtype.
     """
     stats = _check_steps("stats", stats)
-    a = _check_momentum(momentum)
+    a = check_momentum(momentum)
     out = torch.empty_like(stats)
     r = torch.as_tensor(init, dtype=stats.dtype).expand_as(stats[0])
     for t in range(len(stats)):
@@ -81,7 +73,7 @@ def ema_noise_variance(batch_var: torch.Tensor, momentum: float) -> torch.Tensor
     ``(steps, ...)``, non-negative; returns ``(steps, ...)``.
     """
     batch_var = _check_steps("batch_var", batch_var)
-    a = _check_momentum(momentum)
+    a = check_momentum(momentum)
     if bool((batch_var < 0).any()):
         raise ValueError("batch_var must be >= 0")
     out = torch.empty_like(batch_var)

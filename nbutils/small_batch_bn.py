@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from nbutils.checks import check_int
+from nbutils.checks import check_int, check_momentum
 
 __all__ = ["BatchRenorm2d", "GhostBatchNorm2d", "renorm_limits"]
 
@@ -29,14 +29,6 @@ def _check_number(name: str, value: object, lowest: float, allowed: str) -> floa
     if value < lowest:
         raise ValueError(f"{name} must be a number {allowed}, got {value}")
     return float(value)
-
-
-def _check_momentum(momentum: object) -> float:
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-        raise TypeError(f"momentum must be a number in (0, 1], got {momentum!r}")
-    if not 0 < momentum <= 1:
-        raise ValueError(f"momentum must be a number in (0, 1], got {momentum}")
-    return float(momentum)
 
 
 def _check_4d(x: object, channels: int) -> torch.Tensor:
@@ -69,7 +61,7 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
     ) -> None:
         num_features = check_int("num_features", num_features, 1)
         self.ghost_batch = check_int("ghost_batch", ghost_batch, 1)
-        momentum = _check_momentum(momentum)
+        momentum = check_momentum(momentum)
         eps = _check_number("eps", eps, 0.0, ">= 0")
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine)
 
@@ -176,7 +168,7 @@ class BatchRenorm2d(nn.BatchNorm2d):
     ) -> None:
         num_features = check_int("num_features", num_features, 1)
         eps = _check_number("eps", eps, 0.0, ">= 0")
-        momentum = _check_momentum(momentum)
+        momentum = check_momentum(momentum)
         self.r_max, self.d_max = r_max, d_max
         self.plain_steps, self.r_steps, self.d_steps = plain_steps, r_steps, d_steps
         renorm_limits(0, **self._schedule())  # validates the schedule

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nbutils.checks import check_int, check_seeds
+from nbutils.checks import check_int, check_momentum, check_seeds
 
 
 def test_check_int_accepts_ints_and_numpy_ints():
@@ -66,3 +66,12 @@ def test_check_seeds_returns_a_list_of_ints():
 def test_check_seeds_rejects(seeds, kwargs, exc, message):
     with pytest.raises(exc, match=message):
         check_seeds(seeds, **kwargs)
+
+
+def test_check_momentum():
+    assert check_momentum(1) == 1.0
+    assert check_momentum(np.float32(0.25)) == 0.25
+    for bad, exc in [(0, ValueError), (1.5, ValueError), (-0.1, ValueError), (True, TypeError),
+                     (None, TypeError), ("0.1", TypeError)]:  # fmt: skip
+        with pytest.raises(exc, match=r"momentum must be a number in \(0, 1\], got"):
+            check_momentum(bad)

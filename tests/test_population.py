@@ -69,7 +69,7 @@ def test_ema_noise_variance_with_a_changing_variance_is_the_weighted_sum():
     [
         (lambda: ema([1.0, 2.0], 0.1), TypeError, "stats must be a torch.Tensor"),
         (lambda: ema(torch.zeros(0, 2), 0.1), ValueError, "steps >= 1"),
-        (lambda: ema(torch.zeros(3), 0.0), ValueError, r"momentum must be in \(0, 1\], got 0.0"),
+        (lambda: ema(torch.zeros(3), 0.0), ValueError, r"must be a number in \(0, 1\], got 0.0"),
         (lambda: ema(torch.zeros(3), 1.5), ValueError, "got 1.5"),
         (lambda: ema(torch.zeros(3), None), TypeError, "momentum must be a number"),
         (lambda: ema(torch.zeros(3), True), TypeError, "got True"),
