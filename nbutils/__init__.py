@@ -14,8 +14,10 @@ from nbutils.data import (
     stratified_split,
 )
 from nbutils.display import fmt_err, glue, round_sig, show_source
+from nbutils.doctor import Report, diagnose
 from nbutils.hooks import InputStats, record_inputs
 from nbutils.models import NORMS, make_cnn, make_mlp, norm_layer
+from nbutils.monitor import TrainingMonitor, plot_monitor
 from nbutils.param_groups import decay_groups
 from nbutils.plotting import COLORS, apply_style, color
 from nbutils.recalibration import precise_bn, recalibrate_bn
@@ -28,10 +30,13 @@ __all__ = [
     "NORMS",
     "Digits",
     "InputStats",
+    "Report",
     "StackedModels",
+    "TrainingMonitor",
     "apply_style",
     "color",
     "decay_groups",
+    "diagnose",
     "digits_loaders",
     "evaluate",
     "fmt_err",
@@ -42,6 +47,7 @@ __all__ = [
     "make_mlp",
     "make_toy_regression",
     "norm_layer",
+    "plot_monitor",
     "precise_bn",
     "recalibrate_bn",
     "record_inputs",
