@@ -1,7 +1,9 @@
 """Open every page of the built book in headless Chromium, from disk, with no network.
 
 For each page: the math is typeset by the local copy of MathJax without errors, every image
-loaded, and the page requested nothing from outside the built site.
+loaded, the page requested nothing from outside the built site, and the browser console shows no
+error (level SEVERE: an uncaught exception, a script's console.error, a resource that failed to
+load). Each page is opened as on a first visit: the page's local storage is cleared after each one.
 """
 
 from __future__ import annotations
@@ -118,7 +120,8 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    # "performance": the DevTools network events; "browser": the console.
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     # An explicit driver path: Selenium Manager (which may download drivers) is never used.
     driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
     driver.set_script_timeout(TIMEOUT_S)
@@ -126,6 +129,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
     # Leave Chromium's start page (its new-tab page tries to reach the internet) before any test.
     driver.get("about:blank")
     _network_events(driver)
+    _console_errors(driver)
     try:
         yield driver
     finally:
@@ -140,6 +144,20 @@ def _network_events(driver: webdriver.Chrome) -> list[dict[str, Any]]:
         if message["method"].startswith("Network."):
             events.append(message)
     return events
+
+
+def _console_errors(driver: webdriver.Chrome) -> list[str]:
+    """Return (and drain) the console errors (level SEVERE) logged since the last call."""
+    return [
+        f"{entry['message']} [{entry.get('source', 'console')}]"
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE"
+    ]
+
+
+def _clear_storage(driver: webdriver.Chrome) -> None:
+    """Forget what the open page stored, so that the next page is opened as on a first visit."""
+    driver.execute_script("localStorage.clear(); sessionStorage.clear();")
 
 
 def _outside_site(url: str, site: Path) -> str | None:
@@ -161,14 +179,19 @@ def test_page_renders_offline(browser: webdriver.Chrome, book_html: Path, book_p
     site = book_html.resolve()
     page = site / f"{book_page}.html"
     assert page.is_file(), f"{book_page}: {page} was not built"
-    _network_events(browser)  # drop whatever the previous page left in the log
+    _network_events(browser)  # drop whatever the previous page left in the logs
+    _console_errors(browser)
 
     browser.get(page.as_uri())
-    mathjax = browser.execute_async_script(MATHJAX_JS)
-    math = browser.execute_script(MATH_JS)
-    images = browser.execute_async_script(IMAGES_JS)
+    try:
+        mathjax = browser.execute_async_script(MATHJAX_JS)
+        math = browser.execute_script(MATH_JS)
+        images = browser.execute_async_script(IMAGES_JS)
+    finally:
+        _clear_storage(browser)
     browser.get("about:blank")  # stop the page, so all of its requests are in the log
     events = _network_events(browser)
+    console = _console_errors(browser)
 
     problems: list[str] = []
     # (a) Math: MathJax loaded from the local copy and typeset every formula without error.
@@ -200,7 +223,38 @@ def test_page_renders_offline(browser: webdriver.Chrome, book_html: Path, book_p
             url = urls.get(params["requestId"], f"request {params['requestId']}")
             if url not in reported:
                 problems.append(f"failed to load ({params.get('errorText')}): {url}")
+    # (d) Console: no error, whatever its source.
+    problems += [f"console error: {message}" for message in console]
 
     if problems:
         report = "\n  ".join(problems)
         pytest.fail(f"{book_page}.html ({page.as_uri()}):\n  {report}", pytrace=False)
+
+
+# The console check is not vacuous: each of these pages, opened from disk like the book, makes it
+# report an error (an uncaught exception, the redeclared `const` that a script written twice into
+# a page throws, and an explicit console.error).
+BROKEN_SCRIPTS = {
+    "uncaught exception": ('throw new Error("canary: uncaught");', "canary: uncaught"),
+    "const declared twice": (
+        "const CANARY = 1;</script><script>const CANARY = 2;",
+        "Identifier 'CANARY' has already been declared",
+    ),
+    "console.error": ('console.error("canary: console.error");', "canary: console.error"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_SCRIPTS)
+def test_console_error_is_reported(browser: webdriver.Chrome, tmp_path: Path, case: str) -> None:
+    script, expected = BROKEN_SCRIPTS[case]
+    page = tmp_path / "broken.html"
+    page.write_text(
+        f"<!DOCTYPE html><html><head><title>canary</title></head><body><p>canary</p>"
+        f"<script>{script}</script></body></html>",
+        encoding="utf-8",
+    )
+    _console_errors(browser)
+    browser.get(page.as_uri())
+    browser.get("about:blank")
+    errors = _console_errors(browser)
+    assert any(expected in error for error in errors), f"{case}: not reported in {errors}"
