@@ -64,10 +64,17 @@ def run(path: Path, save: bool) -> tuple[float, float]:
     return seconds, cpu
 
 
-def table(rows: list[tuple[str, float, float]]) -> str:
+def table(rows: list[tuple[str, float, float]], for_book: bool = False) -> str:
+    """A Markdown table of the rows (path, seconds, CPU seconds).
+
+    For the book each notebook is a link to its chapter (the chapter's title, which wraps in a
+    narrow column, where a long path in a code span would push the table sideways).
+    """
     total, total_cpu = sum(r[1] for r in rows), sum(r[2] for r in rows)
     lines = ["| notebook | seconds | CPU seconds |", "| --- | ---: | ---: |"]
-    lines += [f"| `{name}` | {s:.1f} | {c:.1f} |" for name, s, c in rows]
+    for name, s, c in rows:
+        shown = f"{{doc}}`../{name.removesuffix('.ipynb')}`" if for_book else f"`{name}`"
+        lines.append(f"| {shown} | {s:.1f} | {c:.1f} |")
     lines.append(f"| **total** | **{total:.1f}** | **{total_cpu:.1f}** |")
     return "\n".join(lines)
 
@@ -110,7 +117,8 @@ def main() -> int:
         text = PAGE.read_text(encoding="utf-8")
         head = text.split(MARK)[0]
         intro = f"Measured on {machine}, each notebook in a fresh kernel:"
-        PAGE.write_text(f"{head}{MARK}\n\n{intro}\n\n{report}\n", encoding="utf-8")
+        book_table = table(rows, for_book=True)
+        PAGE.write_text(f"{head}{MARK}\n\n{intro}\n\n{book_table}\n", encoding="utf-8")
         print(f"\nwrote {PAGE.relative_to(ROOT)}")
     return 0
 

@@ -13,7 +13,7 @@ from nbutils.data import (
     make_toy_regression,
     stratified_split,
 )
-from nbutils.display import fmt_err, glue, round_sig, show_source
+from nbutils.display import figure_html, fmt_err, glue, round_sig, show_source
 from nbutils.doctor import Report, diagnose
 from nbutils.hooks import InputStats, record_inputs
 from nbutils.models import NORMS, make_cnn, make_mlp, norm_layer
@@ -39,6 +39,7 @@ __all__ = [
     "diagnose",
     "digits_loaders",
     "evaluate",
+    "figure_html",
     "fmt_err",
     "glue",
     "load_digits_tensors",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import inspect
+import io
 import math
 from collections.abc import Iterable, Sequence
 from numbers import Integral, Real
 
-from IPython.display import Code
+from IPython.display import HTML, Code
 
 
 def show_source(obj: object) -> Code:
@@ -54,6 +57,11 @@ def glue(name: str, value: object, digits: int = 4) -> None:
     Real numbers are rounded to ``digits`` significant digits first, so the stored output
     (which nbval compares) does not depend on the last bits of a floating-point result.
     Nothing is returned, so a ``glue`` call at the end of a cell prints nothing.
+
+    The prose may round the stored value again (``{glue:text}`name:.2f```). Rounding twice goes
+    wrong when the first rounding lands on a tie of the second: 2.98501 stored as 2.985 prints
+    as 2.98 where the notebook's own output of the same number says 2.99. So a rounded value
+    whose last digit is 5 keeps more digits (up to ``digits + 4``) until it is not a tie.
     """
     from myst_nb import glue as _glue
 
@@ -64,11 +72,29 @@ def glue(name: str, value: object, digits: int = 4) -> None:
     elif isinstance(value, Integral):
         value = int(value)
     elif isinstance(value, Real):
-        value = round_sig(float(value), digits)
+        value = _round_for_prose(float(value), digits)
     elif hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # 0-d tensor or array
         item = value.item()
-        value = item if isinstance(item, (bool, int)) else round_sig(float(item), digits)
+        value = item if isinstance(item, (bool, int)) else _round_for_prose(float(item), digits)
     _glue(name, value, display=False)
+
+
+def _round_for_prose(value: float, digits: int) -> float:
+    """``round_sig(value, digits)``, with more digits while the result ends in a tie (a 5)."""
+    rounded = round_sig(value, digits)
+    for more in range(digits + 1, digits + 5):
+        if rounded == value or not math.isfinite(rounded) or not _ends_in_five(rounded):
+            break
+        rounded = round_sig(value, more)
+    return rounded
+
+
+def _ends_in_five(value: float) -> bool:
+    """Whether the last significant digit of ``value``, as Python writes it, is a 5."""
+    mantissa = repr(abs(value)).split("e")[0]
+    if "." in mantissa:
+        mantissa = mantissa.rstrip("0").rstrip(".")
+    return mantissa.rstrip("0").endswith("5")
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
@@ -95,3 +121,23 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> s
             )
         lines.append(line(row))
     return "\n".join(lines)
+
+
+def figure_html(fig: object, alt: str) -> HTML:
+    """A Matplotlib figure as one self-contained ``<img>`` with alt text, for gluing elsewhere.
+
+    ``{glue:any}`` with ``:doc:`` pastes an output into another page but gives a pasted image no
+    alt text. Glue ``figure_html(fig, alt)`` instead: the PNG travels inside the HTML as a data
+    URI, so the other page needs no file and works offline.
+    """
+    if not hasattr(fig, "savefig"):
+        raise TypeError(f"fig must be a Matplotlib figure, got {type(fig).__name__}")
+    if not isinstance(alt, str) or not alt.strip():
+        raise ValueError(f"alt must be a non-empty description of the figure, got {alt!r}")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return HTML(
+        f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt, quote=True)}" '
+        'style="max-width: 100%; height: auto;">'
+    )

@@ -1,6 +1,6 @@
 """Full-batch training of many small models at once, one model per training set.
 
-A resampling experiment (the bias-variance decomposition of chapter 1, for instance) fits one
+A resampling experiment (the course's bias-variance decomposition, for instance) fits one
 architecture to many re-drawn training sets. Each set is small enough for full-batch gradient
 descent, so the K models are stacked with :class:`nbutils.stacking.StackedModels` and trained in
 one loop: every step is one vmapped forward pass, one backward pass and one optimizer step for

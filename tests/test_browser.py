@@ -175,6 +175,34 @@ def _outside_site(url: str, site: Path) -> str | None:
     return None
 
 
+# Code blocks and printed outputs wider than their box, with the first line that does not fit.
+WIDE_JS = """
+const chars = (pre) => {
+  const probe = document.createElement("span");
+  probe.textContent = "x".repeat(100);
+  pre.appendChild(probe);
+  const width = probe.getBoundingClientRect().width / 100;
+  probe.remove();
+  return width;
+};
+return [...document.querySelectorAll("div.highlight pre, div.cell_output pre")]
+  .filter((pre) => pre.scrollWidth > pre.clientWidth + 1)
+  .map((pre) => {
+    const fit = Math.floor((pre.clientWidth - 32) / chars(pre));
+    const line = pre.textContent.split("\\n").find((l) => l.length > fit) || "";
+    return `${pre.scrollWidth - pre.clientWidth}px (${fit} characters fit): ${line.slice(0, 100)}`;
+  });
+"""
+
+
+# Displayed equations (typeset by then: MATHJAX_JS waits for MathJax) wider than their box.
+WIDE_MATH_JS = """
+return [...document.querySelectorAll('mjx-container[display="true"]')]
+  .filter((eq) => eq.scrollWidth > eq.clientWidth + 1)
+  .map((eq) => `${eq.scrollWidth - eq.clientWidth}px: ${(eq.closest("[id]") || {}).id}`);
+"""
+
+
 def test_page_renders_offline(browser: webdriver.Chrome, book_html: Path, book_page: str) -> None:
     site = book_html.resolve()
     page = site / f"{book_page}.html"
@@ -187,6 +215,8 @@ def test_page_renders_offline(browser: webdriver.Chrome, book_html: Path, book_p
         mathjax = browser.execute_async_script(MATHJAX_JS)
         math = browser.execute_script(MATH_JS)
         images = browser.execute_async_script(IMAGES_JS)
+        wide = browser.execute_script(WIDE_JS)
+        wide_math = browser.execute_script(WIDE_MATH_JS)
     finally:
         _clear_storage(browser)
     browser.get("about:blank")  # stop the page, so all of its requests are in the log
@@ -225,6 +255,10 @@ def test_page_renders_offline(browser: webdriver.Chrome, book_html: Path, book_p
                 problems.append(f"failed to load ({params.get('errorText')}): {url}")
     # (d) Console: no error, whatever its source.
     problems += [f"console error: {message}" for message in console]
+    # (e) Width: no code block or printed output scrolls sideways in the 1280-pixel window,
+    # and no displayed equation is wider than the column (its end would hide under the number).
+    problems += [f"scrolls sideways by {line}" for line in wide]
+    problems += [f"equation wider than the column by {eq}" for eq in wide_math]
 
     if problems:
         report = "\n  ".join(problems)
@@ -258,3 +292,35 @@ def test_console_error_is_reported(browser: webdriver.Chrome, tmp_path: Path, ca
     browser.get("about:blank")
     errors = _console_errors(browser)
     assert any(expected in error for error in errors), f"{case}: not reported in {errors}"
+
+
+def test_wide_code_is_reported(browser: webdriver.Chrome, tmp_path: Path) -> None:
+    # The width check is not vacuous: in a box of 400 pixels, a 200-character line is reported
+    # and a 10-character line is not.
+    long, short = "w" * 200, "short line"
+    blocks = "".join(
+        f'<div class="highlight"><pre style="width: 400px; overflow-x: auto">{text}</pre></div>'
+        for text in (long, short)
+    )
+    page = tmp_path / "wide.html"
+    page.write_text(f"<!DOCTYPE html><html><body>{blocks}</body></html>", encoding="utf-8")
+    browser.get(page.as_uri())
+    wide = browser.execute_script(WIDE_JS)
+    browser.get("about:blank")
+    assert len(wide) == 1 and long[:100] in wide[0], wide
+
+
+def test_wide_equation_is_reported(browser: webdriver.Chrome, tmp_path: Path) -> None:
+    # The equation check is not vacuous: content twice as wide as its display box is reported.
+    boxes = "".join(
+        f'<div id="eq-{name}"><mjx-container display="true" style="display: block; width: 300px;'
+        f' overflow-x: auto"><span style="display: inline-block; width: {width}px">x</span>'
+        "</mjx-container></div>"
+        for name, width in (("wide", 600), ("narrow", 100))
+    )
+    page = tmp_path / "math.html"
+    page.write_text(f"<!DOCTYPE html><html><body>{boxes}</body></html>", encoding="utf-8")
+    browser.get(page.as_uri())
+    wide = browser.execute_script(WIDE_MATH_JS)
+    browser.get("about:blank")
+    assert wide == ["300px: eq-wide"], wide

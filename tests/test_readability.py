@@ -126,3 +126,35 @@ def test_rules_catch_offenders(tmp_path):
     ):
         with pytest.raises(AssertionError):
             check(bad)
+
+
+# A bare {ref} to a heading shows the heading as the link text, and Sphinx writes the heading's
+# math there as raw TeX ("The noise of \mu_B and \sigma_B"): such links need text of their own.
+MATH_HEADING = re.compile(r"^\(([\w-]+)\)=\s*\n#+ .*\$", re.M)
+BARE_REF = re.compile(r"\{ref\}`([\w-]+)`")
+
+
+def book_texts() -> dict[str, str]:
+    texts = {str(p.relative_to(ROOT)): markdown(p) for p in NOTEBOOKS}
+    for page in [ROOT / "intro.md", *sorted((ROOT / "appendices").glob("*.md"))]:
+        texts[str(page.relative_to(ROOT))] = page.read_text(encoding="utf-8")
+    return texts
+
+
+def bare_refs_to_math_headings(texts: dict[str, str]) -> list[str]:
+    labels = {m.group(1) for text in texts.values() for m in MATH_HEADING.finditer(text)}
+    return [
+        f"{name}: {{ref}}`{m.group(1)}`"
+        for name, text in texts.items()
+        for m in BARE_REF.finditer(text)
+        if m.group(1) in labels
+    ]
+
+
+def test_links_to_headings_with_math_have_their_own_text():
+    texts = book_texts()
+    assert any(MATH_HEADING.search(t) for t in texts.values()), "no heading with math found"
+    assert not bare_refs_to_math_headings(texts)
+    # The check finds such a link when there is one.
+    texts["probe.md"] = "{ref}`nbs-spread` and {ref}`the noise <nbs-spread>`"
+    assert bare_refs_to_math_headings(texts) == ["probe.md: {ref}`nbs-spread`"]

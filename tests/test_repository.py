@@ -70,3 +70,23 @@ def test_every_random_stream_derives_from_seed(path):
     literal = re.compile(r"(manual_seed\(\s*\d+\s*\)|\bseed\s*=\s*\d+\b|default_rng\(\s*\d+\s*\))")
     offenders = [m.group(0) for c in code[1:] for m in literal.finditer(source(c))]
     assert not offenders, f"{path.name}: seeds from literals {offenders}; derive them from SEED"
+
+
+# Links to the repository on the landing page and in the README, in the three forms they take.
+REPOSITORY_LINKS = (
+    r"https://github\.com/([\w.-]+/[\w.-]+)",
+    r"https://mybinder\.org/v2/gh/([\w.-]+/[\w.-]+)/",
+    r"https://colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)/",
+)
+
+
+@pytest.mark.parametrize("name", ["intro.md", "README.md"])
+def test_links_to_the_repository_name_the_configured_one(name):
+    text = (ROOT / name).read_text(encoding="utf-8")
+    found = {m.removesuffix(".git") for rx in REPOSITORY_LINKS for m in re.findall(rx, text)}
+    expected = repository_url().removeprefix("https://github.com/")
+    # intro.md shows all three (clone, Binder, Colab); neither file may name another repository.
+    assert found == {expected}, f"{name}: links name {found}, _config.yml names {expected}"
+    if name == "intro.md":
+        for rx in REPOSITORY_LINKS:
+            assert re.search(rx, text), f"intro.md has no link of the form {rx}"
