@@ -195,6 +195,18 @@ return [...document.querySelectorAll("div.highlight pre, div.cell_output pre")]
 """
 
 
+# Tables wider than their box (the theme wraps each table in a box that scrolls sideways).
+WIDE_TABLE_JS = """
+return [...document.querySelectorAll("table")]
+  .filter((table) => table.parentElement.scrollWidth > table.parentElement.clientWidth + 1)
+  .map((table) => {
+    const box = table.parentElement;
+    const head = table.textContent.trim().replace(/\\s+/g, " ").slice(0, 60);
+    return `${box.scrollWidth - box.clientWidth}px: ${head}`;
+  });
+"""
+
+
 # Displayed equations (typeset by then: MATHJAX_JS waits for MathJax) wider than their box.
 WIDE_MATH_JS = """
 return [...document.querySelectorAll('mjx-container[display="true"]')]
@@ -217,6 +229,7 @@ def test_page_renders_offline(browser: webdriver.Chrome, book_html: Path, book_p
         images = browser.execute_async_script(IMAGES_JS)
         wide = browser.execute_script(WIDE_JS)
         wide_math = browser.execute_script(WIDE_MATH_JS)
+        wide_tables = browser.execute_script(WIDE_TABLE_JS)
     finally:
         _clear_storage(browser)
     browser.get("about:blank")  # stop the page, so all of its requests are in the log
@@ -259,6 +272,7 @@ def test_page_renders_offline(browser: webdriver.Chrome, book_html: Path, book_p
     # and no displayed equation is wider than the column (its end would hide under the number).
     problems += [f"scrolls sideways by {line}" for line in wide]
     problems += [f"equation wider than the column by {eq}" for eq in wide_math]
+    problems += [f"table scrolls sideways by {table}" for table in wide_tables]
 
     if problems:
         report = "\n  ".join(problems)
@@ -324,3 +338,18 @@ def test_wide_equation_is_reported(browser: webdriver.Chrome, tmp_path: Path) ->
     wide = browser.execute_script(WIDE_MATH_JS)
     browser.get("about:blank")
     assert wide == ["300px: eq-wide"], wide
+
+
+def test_wide_table_is_reported(browser: webdriver.Chrome, tmp_path: Path) -> None:
+    # The table check is not vacuous: a table twice as wide as its box is reported.
+    boxes = "".join(
+        f'<div style="width: 300px; overflow-x: auto"><table><tr><td>{name}</td>'
+        f'<td><div style="width: {width}px">x</div></td></tr></table></div>'
+        for name, width in (("wide", 600), ("narrow", 100))
+    )
+    page = tmp_path / "tables.html"
+    page.write_text(f"<!DOCTYPE html><html><body>{boxes}</body></html>", encoding="utf-8")
+    browser.get(page.as_uri())
+    wide = browser.execute_script(WIDE_TABLE_JS)
+    browser.get("about:blank")
+    assert len(wide) == 1 and wide[0].endswith(": widex"), wide  # cell texts run together
